@@ -1,0 +1,86 @@
+"""Configuration plumbing shared by every chapter: JSON dataclasses, profiles, devices.
+
+Chapter: used everywhere; introduced in ``01_audio_and_mel``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+PROFILES = ("ci", "book", "gpu")
+
+C = TypeVar("C", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin for dataclass configs that round-trip through JSON.
+
+    Unknown keys are an error naming the key, so a typo in a config file never
+    silently falls back to a default.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls: type[C], text_or_path: str | Path) -> C:
+        """Read a config from a JSON string or a path to a JSON file."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            path = Path(text_or_path)
+            try:
+                text = path.read_text()
+            except OSError as err:
+                raise ValueError(f"{cls.__name__}: cannot read {path}: {err.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cls.__name__}: invalid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+def profile() -> str:
+    """The run profile from ``MUSICDIFF_PROFILE``: ``ci``, ``book`` or ``gpu``.
+
+    Unset means ``gpu`` when CUDA is available and ``book`` otherwise.
+    """
+    value = os.environ.get("MUSICDIFF_PROFILE", "").strip().lower()
+    if not value:
+        return "gpu" if torch.cuda.is_available() else "book"
+    if value not in PROFILES:
+        raise ValueError(f"MUSICDIFF_PROFILE={value!r}: expected one of {', '.join(PROFILES)}")
+    return value
+
+
+def default_device() -> torch.device:
+    """The best available device: ``cuda`` > ``mps`` > ``cpu``.
+
+    Library code takes a device argument and never calls ``.cuda()`` itself.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
