@@ -43,8 +43,15 @@ def _roundtrip(args: argparse.Namespace) -> None:
           f"spectral convergence vs input {sc:.3f}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (and exit status 2), without the usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="musicdiff",
         description="Text-conditioned music generation with diffusion models.",
         epilog="example: musicdiff roundtrip song.wav --out song-gl.wav --preset seed128",
