@@ -6,6 +6,10 @@ Chapter: ``01_audio_and_mel``. The forward path is
 
 and :meth:`MelCodec.decode` walks it back to a linear magnitude spectrogram,
 which Griffin-Lim (chapter ``09_griffin_lim``) turns into a waveform.
+
+No torchaudio: its compiled extension fails to import on recent torch, and
+this is a few lines over ``torch.stft`` with ``librosa.filters.mel``, tested
+against ``librosa.feature.melspectrogram``.
 """
 from __future__ import annotations
 
