@@ -15,13 +15,13 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: test book site execute bench lock clean
 
+# --no-deps: the lock is complete (every transitive pin), so nothing is resolved
+# again. This also keeps tinysoundfont from pulling pyaudio (live playback only).
 $(STAMP): requirements-lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# --no-deps: the lock is complete (every transitive pin), so nothing is resolved
-	# again. This also keeps tinysoundfont from pulling pyaudio (live playback only).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-lock.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(BIN)/python -m pip check | grep -v -i pyaudio || true
+	@$(BIN)/python -m pip check | grep -v -i pyaudio || true
 	@touch $(STAMP)
 
 ## test: unit tests, every chapter under nbval (profile ci), and the site built with warnings as errors
