@@ -33,16 +33,19 @@ def griffin_lim(
     config: MelConfig,
     n_iter: int = 32,
     momentum: float = 0.99,
-    init: str = "random",
+    init: str | torch.Tensor = "random",
     generator: torch.Generator | None = None,
     length: int | None = None,
     window: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Linear magnitude ``(B, n_fft//2+1, frames)`` → waveform ``(B, samples)``.
 
-    ``init`` is ``"random"`` (uniform phase from ``generator``) or ``"zeros"``
-    (zero phase). ``momentum`` is α above; 0 gives the original algorithm.
-    ``length`` defaults to ``(frames - 1) * hop_length``.
+    ``init`` is ``"random"`` (uniform phase from ``generator``), ``"zeros"``
+    (zero phase) or a tensor of initial phases in radians, shaped like
+    ``magnitude`` (to start two implementations from the same point).
+    ``momentum`` is α above; 0 gives the original algorithm. ``length``
+    defaults to ``(frames - 1) * hop_length``; ``window`` to a periodic Hann
+    window in the magnitude's dtype.
     """
     if magnitude.ndim == 2:
         magnitude = magnitude.unsqueeze(0)
@@ -53,18 +56,22 @@ def griffin_lim(
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     if window is None:
-        window = torch.hann_window(config.window_length, periodic=True)
+        window = torch.hann_window(config.window_length, periodic=True, dtype=magnitude.dtype)
     window = window.to(device=magnitude.device, dtype=magnitude.dtype)
     length = length or (magnitude.shape[-1] - 1) * config.hop_length
 
-    if init == "random":
-        phase = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype,
-                           device="cpu" if generator is None else generator.device)
-        angles = torch.polar(torch.ones_like(magnitude), 2 * math.pi * phase.to(magnitude.device))
+    if isinstance(init, torch.Tensor):
+        if init.shape != magnitude.shape:
+            raise ValueError(f"initial phase must have the magnitude's shape {tuple(magnitude.shape)}, got {tuple(init.shape)}")
+        phase = init.to(device=magnitude.device, dtype=magnitude.dtype)
+    elif init == "random":
+        phase = 2 * math.pi * torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype,
+                                         device="cpu" if generator is None else generator.device)
     elif init == "zeros":
-        angles = torch.ones_like(magnitude, dtype=torch.complex64 if magnitude.dtype == torch.float32 else torch.complex128)
+        phase = torch.zeros_like(magnitude)
     else:
-        raise ValueError(f"init must be 'random' or 'zeros', got {init!r}")
+        raise ValueError(f"init must be 'random', 'zeros' or a tensor of phases, got {init!r}")
+    angles = torch.polar(torch.ones_like(magnitude), phase.to(magnitude.device))
 
     previous = None
     for _ in range(n_iter):

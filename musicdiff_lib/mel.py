@@ -144,18 +144,21 @@ class MelCodec(torch.nn.Module):
         super().__init__()
         self.config = config or MelConfig()
         c = self.config
-        window = torch.hann_window(c.window_length, periodic=True, dtype=torch.float64)
         fb = mel_filterbank(c)
-        self.register_buffer("window", window.float(), persistent=False)
         self.register_buffer("filterbank", fb.float(), persistent=False)
         if c.ref_db is None:
             # dB of a full-scale sine centred on the strongest mel filter:
             # its STFT peak is sum(window)/2 in magnitude.
-            amplitude = float(window.sum()) / 2
+            amplitude = float(torch.hann_window(c.window_length, periodic=True, dtype=torch.float64).sum()) / 2
             peak = float(fb.max()) * amplitude ** c.power
             self.ref_db = 10.0 * math.log10(peak)
         else:
             self.ref_db = float(c.ref_db)
+
+    @property
+    def window(self) -> torch.Tensor:
+        """The periodic Hann analysis window, float32, on the codec's device."""
+        return torch.hann_window(self.config.window_length, periodic=True, device=self.filterbank.device)
 
     # -- forward path ---------------------------------------------------------
     def stft(self, wave: torch.Tensor) -> torch.Tensor:
@@ -163,7 +166,8 @@ class MelCodec(torch.nn.Module):
         c = self.config
         return torch.stft(
             wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.window_length,
-            window=self.window.to(wave.dtype), center=True, pad_mode="constant", return_complex=True,
+            window=torch.hann_window(c.window_length, periodic=True, dtype=wave.dtype, device=wave.device),
+            center=True, pad_mode="constant", return_complex=True,
         )
 
     def mel_power(self, wave: torch.Tensor) -> torch.Tensor:
@@ -229,20 +233,20 @@ class MelCodec(torch.nn.Module):
         return spec.pow(1.0 / self.config.power)
 
     def to_wave(self, mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99,
-                init: str = "random", generator: torch.Generator | None = None,
+                init: str | torch.Tensor = "random", generator: torch.Generator | None = None,
                 length: int | None = None) -> torch.Tensor:
         """``(B, 1, n_mels, frames)`` → waveform ``(B, samples)`` via :func:`griffinlim.griffin_lim`."""
         from .griffinlim import griffin_lim
 
         magnitude = self.decode(mel)
         return griffin_lim(magnitude, self.config, n_iter=n_iter, momentum=momentum,
-                           init=init, generator=generator, length=length, window=self.window)
+                           init=init, generator=generator, length=length)
 
     # -- helpers --------------------------------------------------------------
     def _as_batch(self, wave: torch.Tensor | np.ndarray) -> torch.Tensor:
         if not isinstance(wave, torch.Tensor):
             wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-        wave = wave.to(self.window.device)
+        wave = wave.to(self.filterbank.device)
         if wave.ndim == 3 and wave.shape[1] == 1:
             wave = wave[:, 0]
         if wave.ndim == 1:
@@ -258,4 +262,4 @@ class MelCodec(torch.nn.Module):
             mel = mel.unsqueeze(1)
         if mel.ndim != 4 or mel.shape[1] != 1 or mel.shape[2] != self.config.n_mels:
             raise ValueError(f"expected a mel of shape (B, 1, {self.config.n_mels}, frames), got {tuple(mel.shape)}")
-        return mel.to(self.window.device)
+        return mel.to(self.filterbank.device)

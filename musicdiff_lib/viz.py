@@ -18,8 +18,12 @@ def _numpy(x) -> np.ndarray:
 
 
 def plot_mel(mel, config: MelConfig, ax=None, title: str | None = None, colorbar: bool = True,
-             vmin: float = -1.0, vmax: float = 1.0):
-    """Show a normalised mel ``(1, n_mels, frames)`` or ``(n_mels, frames)`` with time and Hz axes."""
+             vmin: float = -1.0, vmax: float = 1.0, cmap: str = "magma", interpolation: str = "nearest"):
+    """Show a normalised mel ``(1, n_mels, frames)`` or ``(n_mels, frames)`` with time and Hz axes.
+
+    Nearest-neighbour interpolation by default: it shows the real bins and
+    keeps the PNGs (and so the committed notebooks) small.
+    """
     import librosa
     import matplotlib.pyplot as plt
 
@@ -29,8 +33,8 @@ def plot_mel(mel, config: MelConfig, ax=None, title: str | None = None, colorbar
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3))
     seconds = image.shape[-1] * config.seconds_per_frame
-    im = ax.imshow(image, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-                   extent=(0, seconds, 0, image.shape[0]))
+    im = ax.imshow(image, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                   interpolation=interpolation, extent=(0, seconds, 0, image.shape[0]))
     f_max = config.f_max or config.sample_rate / 2
     hz = librosa.mel_frequencies(config.n_mels, fmin=config.f_min, fmax=f_max, htk=config.mel_scale == "htk")
     ticks = np.linspace(0, config.n_mels - 1, 5).astype(int)
@@ -68,11 +72,16 @@ def audio_player(wave, sample_rate: int, normalize: bool = True):
     return Audio(_numpy(wave).reshape(-1), rate=sample_rate, normalize=normalize)
 
 
-def labelled_players(clips: dict[str, object], sample_rate: int):
-    """Several players in one output, each under its label (``{label: wave}``)."""
+def labelled_players(clips: dict[str, object], sample_rate: int, normalize: bool = True):
+    """Several players in one output, each under its label (``{label: wave}``).
+
+    ``normalize=False`` keeps true levels, to hear loudness differences
+    (the waves must then lie in [-1, 1]).
+    """
     from IPython.display import HTML
 
     rows = []
     for label, wave in clips.items():
-        rows.append(f"<div><b>{label}</b><br>{audio_player(wave, sample_rate)._repr_html_()}</div>")
+        player = audio_player(wave, sample_rate, normalize=normalize)._repr_html_()
+        rows.append(f"<div><b>{label}</b><br>{player}</div>")
     return HTML("".join(rows))
