@@ -39,7 +39,7 @@ site: $(STAMP)
 ## execute: re-run every chapter with the book profile so committed outputs match the code
 execute: $(STAMP)
 	for nb in $(NOTEBOOKS); do \
-		MUSICDIFF_PROFILE=book $(BIN)/jupyter execute --inplace --timeout=1800 $$nb || exit 1; \
+		MUSICDIFF_PROFILE=book $(BIN)/jupyter execute --inplace --timeout=1800 --NotebookClient.record_timing=False $$nb || exit 1; \
 	done
 
 ## bench: speed benchmarks, printed as tables

@@ -18,7 +18,7 @@ def _numpy(x) -> np.ndarray:
 
 
 def plot_mel(mel, config: MelConfig, ax=None, title: str | None = None, colorbar: bool = True,
-             vmin: float = -1.0, vmax: float = 1.0, cmap: str = "magma", interpolation: str = "nearest"):
+             vmin: float = -1.0, vmax: float = 1.0, cmap="magma", interpolation: str = "nearest"):
     """Show a normalised mel ``(1, n_mels, frames)`` or ``(n_mels, frames)`` with time and Hz axes.
 
     Nearest-neighbour interpolation by default: it shows the real bins and
