@@ -29,11 +29,17 @@ for every contender. Torch uses ``--threads`` threads (default: what
 numpy/scipy code. This is a report, not a test: it always exits 0, and prints a
 ``TARGET MISSED`` line for every row that misses its target.
 
+On a CPU shared with other busy processes, torch's default OpenMP settings
+(one thread per core, threads spin-wait at barriers) can make every torch op
+several times slower; the header prints the thread count and OpenMP variables,
+so rerun with ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` to see that effect.
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_audio.py              # 7 repeats (about a minute)
     .venv/bin/python benchmarks/bench_audio.py --quick      # smoke test
     .venv/bin/python benchmarks/bench_audio.py --repeats 15 --threads 1
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_audio.py
 """
 from __future__ import annotations
 
@@ -290,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {platform.processor() or platform.machine()}, os.cpu_count()={os.cpu_count()}, "
           f"usable={len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}  "
           f"torch threads={torch.get_num_threads()}  load avg={os.getloadavg()[0]:.2f}")
-    print(f"repeats={repeats} (median and min reported), warm-up runs={warmup}, inputs float32\n")
+    omp = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ}
+    print(f"OpenMP env: {omp or 'defaults'}")
+    print(f"repeats={repeats} (median and min reported), warm-up runs={warmup}, inputs float32")
+    if torch.get_num_threads() > 1 and os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5:
+        print("note: the CPUs are already busy, and torch's spinning OpenMP threads then stall each other "
+              "(ops can get several times slower); compare with --threads 1 or OMP_WAIT_POLICY=PASSIVE.")
+    print()
 
     rows: list[Row] = []
     steps = [
