@@ -23,9 +23,47 @@ def _stft(wave: torch.Tensor, config: MelConfig, window: torch.Tensor) -> torch.
                       pad_mode="constant", return_complex=True)
 
 
-def _istft(spec: torch.Tensor, config: MelConfig, window: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.istft(spec, n_fft=config.n_fft, hop_length=config.hop_length,
-                       win_length=config.window_length, window=window, center=True, length=length)
+class InverseSTFT:
+    """``torch.istft`` for one fixed (config, frames, length), fast inside the Griffin-Lim loop.
+
+    ``torch.istft`` recomputes the window envelope on every call; here it is
+    computed once, and when the hop divides n_fft the overlap-add is n_fft/hop
+    shifted block additions. Otherwise it falls back to ``torch.istft``.
+    ``(B, n_fft//2+1, frames)`` complex → ``(B, length)``.
+    """
+
+    def __init__(self, config: MelConfig, window: torch.Tensor, frames: int, length: int):
+        self.config, self.frames, self.length = config, frames, length
+        n_fft, hop = config.n_fft, config.hop_length
+        left = (n_fft - window.shape[0]) // 2  # torch centres a short window inside n_fft
+        self.window = torch.nn.functional.pad(window, (left, n_fft - window.shape[0] - left))
+        self.short_window = window
+        self.fast = n_fft % hop == 0
+        if self.fast:
+            envelope = self._overlap_add(self.window.pow(2)[None, :, None].expand(1, n_fft, frames))[0]
+            self.inverse_envelope = torch.where(envelope > 1e-11, 1.0 / envelope, torch.zeros_like(envelope))
+
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """Sum windowed frames ``(B, n_fft, T)`` at their hops, drop the centring pad → ``(B, length)``."""
+        n_fft, hop = self.config.n_fft, self.config.hop_length
+        r = n_fft // hop
+        batch, _, count = frames.shape
+        blocks = frames.reshape(batch, r, hop, count).transpose(2, 3)  # (B, r, T, hop)
+        out = torch.zeros(batch, count + r - 1, hop, dtype=frames.dtype, device=frames.device)
+        for q in range(r):
+            out[:, q:q + count] += blocks[:, q]
+        out = out.reshape(batch, -1)[:, n_fft // 2:n_fft // 2 + self.length]
+        if out.shape[-1] < self.length:
+            out = torch.nn.functional.pad(out, (0, self.length - out.shape[-1]))
+        return out
+
+    def __call__(self, spec: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if not self.fast:
+            return torch.istft(spec, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.window_length,
+                               window=self.short_window, center=True, length=self.length)
+        frames = torch.fft.irfft(spec, n=c.n_fft, dim=1) * self.window[:, None]
+        return self._overlap_add(frames) * self.inverse_envelope
 
 
 def griffin_lim(
@@ -59,6 +97,7 @@ def griffin_lim(
         window = torch.hann_window(config.window_length, periodic=True, dtype=magnitude.dtype)
     window = window.to(device=magnitude.device, dtype=magnitude.dtype)
     length = length or (magnitude.shape[-1] - 1) * config.hop_length
+    istft = InverseSTFT(config, window, magnitude.shape[-1], length)
 
     if isinstance(init, torch.Tensor):
         if init.shape != magnitude.shape:
@@ -76,12 +115,13 @@ def griffin_lim(
     previous = None
     for _ in range(n_iter):
         # Project onto consistent spectrograms: keep the phase, impose the magnitude.
-        rebuilt = _stft(_istft(magnitude * angles, config, window, length), config, window)
+        rebuilt = _stft(istft(magnitude * angles), config, window)
         # Accelerate: extrapolate along the last step (Perraudin et al. 2013, eq. 6).
-        estimate = rebuilt if previous is None else rebuilt + momentum * (rebuilt - previous)
+        # t_n = c_n + α(c_n − c_{n−1}), written as one lerp pass (it is the hot loop).
+        estimate = rebuilt if previous is None else torch.lerp(previous, rebuilt, 1.0 + momentum)
         previous = rebuilt
-        angles = estimate / (estimate.abs() + 1e-16)
-    return _istft(magnitude * angles, config, window, length)
+        angles = torch.sgn(estimate)  # e^{i·phase}; 0 where the estimate is 0
+    return istft(magnitude * angles)
 
 
 def spectral_convergence(target_magnitude: torch.Tensor, wave: torch.Tensor, config: MelConfig) -> torch.Tensor:

@@ -105,3 +105,27 @@ def test_initial_phase_can_be_given(target):
     assert torch.equal(a, b)  # "random" draws exactly these phases from the seeded generator
     with pytest.raises(ValueError, match="shape"):
         griffin_lim(magnitude, CONFIG, init=phase[..., :10])
+
+
+@pytest.mark.filterwarnings("ignore:The length of signal is shorter")  # torch.istft padding the reference
+@pytest.mark.parametrize("config", [
+    CONFIG,
+    MelConfig(sample_rate=16000, n_fft=1024, hop_length=256, win_length=800),  # short window, fast path
+    MelConfig(sample_rate=16000, n_fft=1024, hop_length=300),  # hop does not divide n_fft: torch.istft path
+], ids=["hop256", "win800", "hop300"])
+def test_inverse_stft_equals_torch_istft(config, music_16k):
+    from musicdiff_lib.griffinlim import InverseSTFT
+
+    wave = torch.from_numpy(music_16k[:40000])[None].double()
+    window = torch.hann_window(config.window_length, periodic=True, dtype=torch.float64)
+    spec = torch.stft(wave, config.n_fft, config.hop_length, config.window_length, window=window,
+                      center=True, pad_mode="constant", return_complex=True)
+    spec = spec * torch.exp(1j * torch.linspace(0, 3, spec.shape[-1], dtype=torch.float64))  # inconsistent
+    # past the last frame a short window leaves no overlap at all, which torch.istft refuses
+    lengths = (40000, 39000) if config.window_length < config.n_fft else (40000, 39000, 41000)
+    for length in lengths:
+        ours = InverseSTFT(config, window, spec.shape[-1], length)(spec)
+        ref = torch.istft(spec, config.n_fft, config.hop_length, config.window_length, window=window,
+                          center=True, length=length)
+        assert ours.shape == ref.shape
+        assert torch.allclose(ours, ref, atol=1e-10), (ours - ref).abs().max()

@@ -85,3 +85,10 @@ def test_bad_inputs_are_explained():
         ssim(torch.zeros(1, 1, 8, 50), torch.zeros(1, 1, 8, 50), 2.0)
     with pytest.raises(ValueError, match="data_range"):
         ssim(torch.zeros(1, 1, 20, 20), torch.zeros(1, 1, 20, 20), 0.0)
+
+
+def test_ssim_does_not_depend_on_how_the_batch_is_chunked(mel_pairs):
+    a, b = mel_pairs
+    whole = ssim(a, b, 2.0, chunk=len(a))
+    for chunk in (1, 3, None):
+        assert torch.allclose(ssim(a, b, 2.0, chunk=chunk), whole, atol=1e-6)
