@@ -39,8 +39,9 @@ site: $(STAMP)
 ## execute: re-run every chapter with the book profile so committed outputs match the code
 execute: $(STAMP)
 	for nb in $(NOTEBOOKS); do \
-		MUSICDIFF_PROFILE=book $(BIN)/jupyter execute --inplace --timeout=1800 --NotebookClient.record_timing=False $$nb || exit 1; \
+		MUSICDIFF_PROFILE=book $(BIN)/jupyter execute --inplace --timeout=1800 $$nb || exit 1; \
 	done
+	$(BIN)/python book/clean_notebooks.py $(NOTEBOOKS)
 
 ## bench: speed benchmarks, printed as tables
 bench: $(STAMP)
