@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -64,6 +65,8 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 class NoiseSchedule:
     """All the per-step quantities of one schedule, float64 tensors of shape ``(T,)``.
 
+    Derived quantities are computed once, on first use (treat them as read-only).
+
     Build with :meth:`NoiseSchedule.create` (``"linear"``, ``"cosine"``,
     ``"sigmoid"``). Index with integer steps 0 … T−1.
     """
@@ -87,27 +90,27 @@ class NoiseSchedule:
     def T(self) -> int:
         return self.betas.shape[0]
 
-    @property
+    @cached_property
     def alphas(self) -> torch.Tensor:
         return 1 - self.betas
 
-    @property
+    @cached_property
     def alpha_bar(self) -> torch.Tensor:
         return torch.cumprod(self.alphas, 0)
 
-    @property
+    @cached_property
     def sqrt_alpha_bar(self) -> torch.Tensor:
         return self.alpha_bar.sqrt()
 
-    @property
+    @cached_property
     def sqrt_one_minus_alpha_bar(self) -> torch.Tensor:
         return (1 - self.alpha_bar).sqrt()
 
-    @property
+    @cached_property
     def snr(self) -> torch.Tensor:
         return self.alpha_bar / (1 - self.alpha_bar)
 
-    @property
+    @cached_property
     def log_snr(self) -> torch.Tensor:
         """log(ᾱ/(1−ᾱ)); −inf at a zero-terminal-SNR last step."""
         return torch.log(self.alpha_bar) - torch.log1p(-self.alpha_bar)
