@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -31,3 +32,12 @@ def music_16k() -> np.ndarray:
 def music_batch_16k() -> np.ndarray:
     """Three different 4 s clips at 16 kHz, shape (3, samples)."""
     return np.stack([demo_clip(4.0, 16000, seed=s, lead_program=p) for s, p in [(3, 0), (4, 24), (5, 73)]])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for modules of tiny tensors: thread-pool overhead dominates them (badly on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ LINEAR = NoiseSchedule.create("linear", 1000)
 COSINE = NoiseSchedule.create("cosine", 1000)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids thread-pool overhead (large on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(seed: int = 0, B: int = 6, dtype=torch.float64):

@@ -42,13 +42,7 @@ STD = 0.2 + 0.4 * torch.rand(1, 1, 64, 64, generator=_g, dtype=torch.float64)  #
 SE_MEAN, SE_VAR = 1 / 65536**0.5, (2 / 65536) ** 0.5  # 0.0039, 0.0055
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids thread-pool overhead (large on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class GaussianOracle:
