@@ -33,6 +33,8 @@ def _toc_files(node) -> list[str]:
 
 
 CHAPTERS = sorted(f for f in _toc_files(TOC) if f.startswith("notebooks/"))
+# Chapters about the network's internals have nothing to listen to; every other one plays what it discusses.
+SILENT_CHAPTERS = {"notebooks/03_sinusoidal_embeddings", "notebooks/06_unet"}
 
 
 def _notebook(chapter: str) -> dict:
@@ -49,7 +51,8 @@ def test_toc_lists_every_chapter_in_reading_order():
     assert CHAPTERS == on_disk
     in_toc = [f for f in _toc_files(TOC) if f.startswith("notebooks/")]
     assert in_toc == sorted(in_toc), "chapters must appear in numeric order"
-    for required in ("notebooks/01_audio_and_mel", "notebooks/09_griffin_lim", "notebooks/10_evaluation"):
+    for required in ("notebooks/01_audio_and_mel", "notebooks/03_sinusoidal_embeddings", "notebooks/04_noise_schedules",
+                     "notebooks/06_unet", "notebooks/08_sampling", "notebooks/09_griffin_lim", "notebooks/10_evaluation"):
         assert required in CHAPTERS
 
 
@@ -74,7 +77,8 @@ def test_chapter_follows_the_conventions(chapter):
     assert counts == sorted(counts), "outputs must come from one top-to-bottom run"
     assert any("# NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in code)
     assert any("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", []))
-    assert _plays_sound(nb), "each chapter so far plays what it talks about"
+    if chapter not in SILENT_CHAPTERS:
+        assert _plays_sound(nb), "this chapter must play what it talks about (audio players)"
     assert not nb["metadata"].get("widgets"), "no widget state in committed notebooks"
 
 
