@@ -41,7 +41,7 @@ def sinusoidal_embedding(t: torch.Tensor | float | int, dim: int, max_period: fl
 def interleaved_to_concatenated(dim: int) -> torch.Tensor:
     """Index permutation p with ``interleaved[:, p] == concatenated`` ([sin…, cos…] layout)."""
     if dim <= 0 or dim % 2:
-        raise ValueError(f"embedding width must be a positive even number, got {dim}")
+        raise ValueError(f"embedding width must be a positive even number (sin/cos pairs), got {dim}")
     return torch.cat([torch.arange(0, dim, 2), torch.arange(1, dim, 2)])
 
 
