@@ -43,9 +43,10 @@ execute: $(STAMP)
 	done
 	$(BIN)/python book/clean_notebooks.py $(NOTEBOOKS)
 
-## bench: speed benchmarks, printed as tables
+## bench: speed benchmarks, printed as tables (the full U-Net one, with seed128: benchmarks/bench_unet.py)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_audio.py
+	$(BIN)/python benchmarks/bench_unet.py --quick
 
 ## lock: re-pin requirements-lock.txt from the current venv
 lock:
