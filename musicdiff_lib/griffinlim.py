@@ -14,13 +14,7 @@ import math
 
 import torch
 
-from .mel import MelConfig
-
-
-def _stft(wave: torch.Tensor, config: MelConfig, window: torch.Tensor) -> torch.Tensor:
-    return torch.stft(wave, n_fft=config.n_fft, hop_length=config.hop_length,
-                      win_length=config.window_length, window=window, center=True,
-                      pad_mode="constant", return_complex=True)
+from .mel import MelConfig, hann_window, stft
 
 
 class InverseSTFT:
@@ -94,7 +88,7 @@ def griffin_lim(
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     if window is None:
-        window = torch.hann_window(config.window_length, periodic=True, dtype=magnitude.dtype)
+        window = hann_window(config, magnitude.dtype, magnitude.device)  # built in float64 for float64 input
     window = window.to(device=magnitude.device, dtype=magnitude.dtype)
     length = length or (magnitude.shape[-1] - 1) * config.hop_length
     istft = InverseSTFT(config, window, magnitude.shape[-1], length)
@@ -115,7 +109,7 @@ def griffin_lim(
     previous = None
     for _ in range(n_iter):
         # Project onto consistent spectrograms: keep the phase, impose the magnitude.
-        rebuilt = _stft(istft(magnitude * angles), config, window)
+        rebuilt = stft(istft(magnitude * angles), config, window)
         # Accelerate: extrapolate along the last step (Perraudin et al. 2013, eq. 6).
         # t_n = c_n + α(c_n − c_{n−1}), written as one lerp pass (it is the hot loop).
         estimate = rebuilt if previous is None else torch.lerp(previous, rebuilt, 1.0 + momentum)
@@ -133,8 +127,7 @@ def spectral_convergence(target_magnitude: torch.Tensor, wave: torch.Tensor, con
         target_magnitude = target_magnitude.unsqueeze(0)
     if wave.ndim == 1:
         wave = wave.unsqueeze(0)
-    window = torch.hann_window(config.window_length, periodic=True, dtype=wave.dtype, device=wave.device)
-    magnitude = _stft(wave, config, window).abs()
+    magnitude = stft(wave, config).abs()
     frames = min(magnitude.shape[-1], target_magnitude.shape[-1])
     diff = target_magnitude[..., :frames] - magnitude[..., :frames]
     return diff.flatten(1).norm(dim=1) / target_magnitude[..., :frames].flatten(1).norm(dim=1).clamp_min(1e-12)

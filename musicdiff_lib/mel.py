@@ -130,6 +130,22 @@ def mel_filterbank(config: MelConfig) -> torch.Tensor:
     return torch.from_numpy(fb)
 
 
+def hann_window(config: MelConfig, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The periodic Hann window of ``config.window_length`` samples (librosa's ``"hann"``)."""
+    return torch.hann_window(config.window_length, periodic=True, dtype=dtype, device=device)
+
+
+def stft(wave: torch.Tensor, config: MelConfig, window: torch.Tensor | None = None) -> torch.Tensor:
+    """Complex STFT ``(B, samples)`` → ``(B, n_fft//2+1, frames)``, centred with zero padding like librosa.
+
+    ``window`` defaults to :func:`hann_window` in the wave's dtype and device.
+    """
+    if window is None:
+        window = hann_window(config, wave.dtype, wave.device)
+    return torch.stft(wave, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.window_length,
+                      window=window, center=True, pad_mode="constant", return_complex=True)
+
+
 class MelCodec(torch.nn.Module):
     """Waveform ↔ normalised log-mel, following one :class:`MelConfig`.
 
@@ -149,7 +165,7 @@ class MelCodec(torch.nn.Module):
         if c.ref_db is None:
             # dB of a full-scale sine centred on the strongest mel filter:
             # its STFT peak is sum(window)/2 in magnitude.
-            amplitude = float(torch.hann_window(c.window_length, periodic=True, dtype=torch.float64).sum()) / 2
+            amplitude = float(hann_window(c, torch.float64).sum()) / 2
             peak = float(fb.max()) * amplitude ** c.power
             self.ref_db = 10.0 * math.log10(peak)
         else:
@@ -158,17 +174,12 @@ class MelCodec(torch.nn.Module):
     @property
     def window(self) -> torch.Tensor:
         """The periodic Hann analysis window, float32, on the codec's device."""
-        return torch.hann_window(self.config.window_length, periodic=True, device=self.filterbank.device)
+        return hann_window(self.config, device=self.filterbank.device)
 
     # -- forward path ---------------------------------------------------------
     def stft(self, wave: torch.Tensor) -> torch.Tensor:
-        """Complex STFT ``(B, n_fft//2+1, frames)``, centred with zero padding like librosa."""
-        c = self.config
-        return torch.stft(
-            wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.window_length,
-            window=torch.hann_window(c.window_length, periodic=True, dtype=wave.dtype, device=wave.device),
-            center=True, pad_mode="constant", return_complex=True,
-        )
+        """Complex STFT ``(B, n_fft//2+1, frames)``, centred with zero padding like librosa (:func:`stft`)."""
+        return stft(wave, self.config)
 
     def mel_power(self, wave: torch.Tensor) -> torch.Tensor:
         """``(B, samples)`` → mel spectrogram ``(B, n_mels, frames)``, as ``librosa.feature.melspectrogram``."""

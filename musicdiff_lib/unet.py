@@ -261,10 +261,10 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(B, N, heads, C // heads).transpose(1, 2)
 
 
-def _merge(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """(B, heads, HW, d) → (B, heads·d, H, W), undoing :func:`_heads` and the flattening of the pixels."""
-    B, _, N, _ = x.shape
-    return x.transpose(1, 2).reshape(B, N, -1).transpose(1, 2).reshape(shape)
+def _merge_heads_and_add(out: nn.Linear, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, HW, d) attention output → output projection → back to ``x``'s (B, C, H, W), plus ``x``."""
+    a = a.transpose(1, 2).flatten(2)  # (B, HW, C)
+    return x + out(a).transpose(1, 2).reshape(x.shape)
 
 
 class SelfAttention(nn.Module):
@@ -285,8 +285,7 @@ class SelfAttention(nn.Module):
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C): pixels become tokens
         q, k, v = (_heads(part, self.heads) for part in self.qkv(h).chunk(3, dim=-1))
         a = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √d) v, without storing the HW×HW matrix
-        a = a.transpose(1, 2).flatten(2)  # (B, HW, C)
-        return x + self.out(a).transpose(1, 2).reshape(x.shape)
+        return _merge_heads_and_add(self.out, a, x)
 
 
 class CrossAttention(nn.Module):
@@ -316,8 +315,7 @@ class CrossAttention(nn.Module):
         k, v = (_heads(part.contiguous(), self.heads) for part in kv.chunk(2, dim=-1))
         keep = F.pad(mask, (1, 0), value=True)[:, None, None, :]  # (B, 1, 1, 1 + L): null slot always kept
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
-        a = a.transpose(1, 2).flatten(2)
-        return x + self.out(a).transpose(1, 2).reshape(x.shape)
+        return _merge_heads_and_add(self.out, a, x)
 
 
 class Downsample(nn.Sequential):
