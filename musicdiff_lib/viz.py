@@ -65,23 +65,58 @@ def plot_wave(wave, sample_rate: int, ax=None, title: str | None = None):
     return ax
 
 
-def audio_player(wave, sample_rate: int, normalize: bool = True):
-    """An HTML ``<audio>`` player for a mono wave (rendered as such in the built book)."""
-    from IPython.display import Audio
-
-    return Audio(_numpy(wave).reshape(-1), rate=sample_rate, normalize=normalize)
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
-def labelled_players(clips: dict[str, object], sample_rate: int, normalize: bool = True):
+def _mp3_player_html(wave: np.ndarray, sample_rate: int, normalize: bool) -> str:
+    """``<audio>`` with the wave as an embedded MP3: about a tenth of a WAV's size."""
+    import base64
+    import io
+
+    import soundfile as sf
+
+    if sample_rate not in MP3_RATES:  # e.g. the report's 10 kHz: MP3 has no such rate
+        from .audio import resample
+        target = min(r for r in MP3_RATES if r >= sample_rate) if sample_rate <= 48000 else 48000
+        wave, sample_rate = resample(wave, sample_rate, target), target
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    wave = wave * (0.95 / peak) if normalize and peak > 0 else np.clip(wave, -1.0, 1.0)
+    buffer = io.BytesIO()
+    sf.write(buffer, wave.astype(np.float32), sample_rate, format="MP3", subtype="MPEG_LAYER_III")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<audio controls preload="none"><source src="data:audio/mpeg;base64,{data}" '
+            f'type="audio/mpeg">Your browser does not support the audio element.</audio>')
+
+
+def audio_player(wave, sample_rate: int, normalize: bool = True, format: str = "wav"):
+    """An HTML ``<audio>`` player for a mono wave (rendered as such in the built book).
+
+    ``format="mp3"`` embeds a compressed copy, for chapters with many clips (a
+    notebook stays under 3 MB); keep ``"wav"`` where artefacts are the topic.
+    """
+    from IPython.display import HTML, Audio
+
+    wave = _numpy(wave).reshape(-1)
+    if format == "wav":
+        return Audio(wave, rate=sample_rate, normalize=normalize)
+    if format == "mp3":
+        return HTML(_mp3_player_html(wave.astype(np.float64), sample_rate, normalize))
+    raise ValueError(f"audio_player: format must be 'wav' or 'mp3', got {format!r}")
+
+
+def labelled_players(clips: dict[str, object], sample_rate: int, normalize: bool = True, format: str = "wav"):
     """Several players in one output, each under its label (``{label: wave}``).
 
     ``normalize=False`` keeps true levels, to hear loudness differences
-    (the waves must then lie in [-1, 1]).
+    (the waves must then lie in [-1, 1]). ``format`` as in :func:`audio_player`.
     """
+    from html import escape
+
     from IPython.display import HTML
 
     rows = []
     for label, wave in clips.items():
-        player = audio_player(wave, sample_rate, normalize=normalize)._repr_html_()
+        label = escape(str(label))  # captions are text, not markup
+        player = audio_player(wave, sample_rate, normalize=normalize, format=format)._repr_html_()
         rows.append(f"<div><b>{label}</b><br>{player}</div>")
     return HTML("".join(rows))

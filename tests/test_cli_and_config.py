@@ -45,8 +45,57 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, args, words):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_data_synth_then_prepare_builds_a_cache_and_resumes(tmp_path):
+    """The two data commands end to end, as a user runs them: real renders, the real encoder, real shards."""
+    import json
+
+    from musicdiff_lib.data import MelDataset
+
+    out, cache = tmp_path / "synth", tmp_path / "cache"
+    synth = ["data", "synth", "--n", "4", "--out", str(out), "--seconds", "2", "--workers", "1"]
+    result = _musicdiff(*synth)
+    assert result.returncode == 0, result.stderr
+    assert "4 clips (4 written, 0 already there)" in result.stdout
+    (out / "clips" / "000002.wav").unlink()  # as if killed before this clip was written
+    result = _musicdiff(*synth[:3], "5", *synth[4:])
+    assert result.returncode == 0, result.stderr
+    assert "5 clips (2 written, 3 already there)" in result.stdout
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
+
+    prepare = ["data", "prepare", str(out), "--out", str(cache), "--seconds", "2", "--shard-size", "2"]
+    result = _musicdiff(*prepare)
+    assert result.returncode == 0, result.stderr
+    assert "kept 5, skipped 0" in result.stdout
+    again = _musicdiff(*prepare)
+    assert again.returncode == 0 and "kept 5 (0 new, 5 already cached)" in again.stdout
+    dataset = MelDataset(cache)
+    assert len(dataset) == 5 and dataset[4]["caption"] == records[4]["caption"]
+    assert dataset[0]["mel"].shape == (1, 64, 126)  # 2 s at 16 kHz, hop 256: 1 + 32000 // 256 frames
+
+    wrong = _musicdiff(*prepare, "--preset", "seed128")
+    assert wrong.returncode == 2 and "mel.sample_rate=16000 but 10000" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and "Traceback" not in wrong.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["data"], "which one: synth or prepare?"),
+    (["data", "synth", "--n", "0", "--out", "x"], "--n must be a positive number"),
+    (["data", "synth", "--n", "2"], "the following arguments are required: --out"),
+    (["data", "prepare", "no-such-folder", "--out", "c"], "no-such-folder"),
+    (["data", "prepare", "musiccaps:no-such-folder", "--out", "c"], "no-such-folder"),
+])
+def test_data_commands_reject_bad_input_in_one_line(tmp_path, args, words):
+    result = subprocess.run([shutil.which("musicdiff", path=os.path.dirname(sys.executable)), *args],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert words in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_help_shows_an_example():
-    for args in (["--help"], ["roundtrip", "--help"]):
+    for args in (["--help"], ["roundtrip", "--help"], ["data", "--help"], ["data", "synth", "--help"],
+                 ["data", "prepare", "--help"]):
         result = _musicdiff(*args)
         assert result.returncode == 0 and "example:" in result.stdout
 
