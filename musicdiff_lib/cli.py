@@ -83,6 +83,96 @@ def _data_prepare(args: argparse.Namespace) -> None:
     print(result.summary())
 
 
+def _train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .data import METADATA_FILES, open_source, prepare
+    from .mel import MelConfig
+    from .training import TRAIN_PRESETS, TrainingDiverged, train
+
+    if args.preset not in TRAIN_PRESETS:
+        raise CliError(f"unknown preset {args.preset!r}; expected one of {', '.join(sorted(TRAIN_PRESETS))}")
+    for name in ("max_minutes", "max_steps", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise CliError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    data = Path(args.data)
+    if not data.is_dir():
+        raise CliError(f"{data}: no such folder (expected a cache from 'musicdiff data prepare' or a dataset folder)")
+    overrides = {"batch_size": args.batch_size} if args.batch_size else {}
+    try:
+        if not (data / "index.json").exists():
+            if not any((data / name).exists() for name in METADATA_FILES):
+                raise CliError(f"{data}: neither a cache (index.json) nor a dataset (metadata.jsonl/.csv)")
+            # A dataset folder: prepare it once for this preset's mel settings, inside the run folder.
+            from .text import TextEncoder
+
+            cache = Path(args.out) / "cache"
+            result = prepare(open_source(data), cache, MelConfig.preset(args.preset), TextEncoder(),
+                             seconds=args.seconds)
+            print(result.summary())
+            data = cache
+        summary = train(args.preset, data, args.out, resume=args.resume, max_minutes=args.max_minutes,
+                        max_steps=args.max_steps, **overrides)
+    except TrainingDiverged as err:
+        raise CliError(f"{err} (the last good checkpoint in {args.out} is intact)") from None
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from None
+    print(f"stopped at step {summary['step']:,} ({summary['stopped'].replace('_', ' ')}) after "
+          f"{summary['elapsed'] / 60:.1f} min, loss {summary['loss']:.4f}; checkpoint {summary['checkpoint']}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .pipeline import MusicDiffusionPipeline
+
+    if not args.prompt.strip():
+        raise CliError("the prompt is empty; describe the music, e.g. \"a slow, sad piano melody\"")
+    if args.steps <= 0:
+        raise CliError(f"--steps must be a positive number, got {args.steps}")
+    try:
+        pipe = MusicDiffusionPipeline.from_checkpoint(args.checkpoint, use_ema=not args.raw_weights)
+        out = pipe(args.prompt, steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance,
+                   seed=args.seed, negative_prompt=args.negative, griffin_lim_iters=args.griffin_lim_iters)
+        wav = out.save_wav(args.out)[0]
+        png = out.save_png(args.png)[0] if args.png else None
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from None
+    print(f"wrote {wav}: {out.waves.shape[-1] / out.sample_rate:.2f} s at {out.sample_rate} Hz "
+          f"({args.sampler}, {args.steps} steps, guidance {args.guidance:g}, seed {args.seed})"
+          + (f"; spectrogram {png}" if png else ""))
+
+
+def _info(args: argparse.Namespace) -> None:
+    import json
+
+    from .training import load_checkpoint_config, resolve_checkpoint
+
+    try:
+        where = resolve_checkpoint(args.checkpoint)
+        config = load_checkpoint_config(where)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from None
+    if args.json:
+        print(json.dumps(config, indent=2, sort_keys=True))
+        return
+    from .unet import UNet, UNetConfig, count_parameters
+
+    mel, unet = config["mel"], UNetConfig.from_dict(config["unet"])
+    seconds = (mel["frames"] - 1) * mel["hop_length"] / mel["sample_rate"] if mel.get("frames") else None
+    size = sum(f.stat().st_size for f in where.iterdir() if f.is_file())
+    schedule = config["schedule"]
+    rows = [("checkpoint", str(where)), ("step", f"{config['step']:,}"), ("preset", config.get("preset") or "-"),
+            ("U-Net", f"{count_parameters(UNet(unet)):,} parameters, channels {list(unet.down_channels)}"),
+            ("mel", f"{mel['n_mels']} mels × {mel.get('frames')} frames at {mel['sample_rate']} Hz, hop "
+                    f"{mel['hop_length']}" + (f" ({seconds:.2f} s)" if seconds else "")),
+            ("text encoder", f"{config['text_encoder']['name']} ({config['text_encoder']['dim']}-d)"),
+            ("schedule", f"{schedule['name']}, T = {schedule['T']}"
+                         + (", zero terminal SNR" if schedule.get("zero_terminal_snr") else "")),
+            ("prediction", config["prediction_type"]), ("size on disk", f"{size / 1e6:.1f} MB")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr (and exit status 2), without the usage dump."""
 
@@ -151,6 +241,52 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--shard-size", type=int, default=256, help="clips per safetensors shard")
     prep.add_argument("--batch-size", type=int, default=32, help="clips encoded at once")
     prep.set_defaults(run=_data_prepare)
+
+    tr = sub.add_parser(
+        "train", help="train a model on a prepared cache (or a dataset folder); resumable",
+        description="Train the conditional diffusion model with a named preset. DATA is a cache from "
+                    "'musicdiff data prepare', or a dataset folder, which is prepared into OUT/cache "
+                    "first. Checkpoints go to OUT; --resume continues exactly where a run stopped.",
+        epilog="example: musicdiff train --preset cpu --data data/synth-cache --out runs/cpu --max-minutes 30",
+    )
+    tr.add_argument("--preset", required=True, help="ci, cpu, seed128, seed64, seed3s or gpu")
+    tr.add_argument("--data", required=True, help="a prepared cache or a dataset folder")
+    tr.add_argument("--out", required=True, help="run folder for checkpoints and logs")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    tr.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    tr.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default: the preset's)")
+    tr.add_argument("--batch-size", type=int, default=None, help="clips per step and process (default: preset)")
+    tr.add_argument("--seconds", type=float, default=10.0, help="seconds per clip when preparing a dataset folder")
+    tr.set_defaults(run=_train)
+
+    gen = sub.add_parser(
+        "generate", help="text → music with a trained checkpoint",
+        description="Generate a clip from a caption with a trained checkpoint (a run folder or one checkpoint).",
+        epilog='example: musicdiff generate "a slow, sad piano melody with soft strings" '
+               "--checkpoint checkpoints/book-cpu --out song.wav --steps 25 --guidance 3 --seed 1",
+    )
+    gen.add_argument("prompt", help="the caption, in quotes")
+    gen.add_argument("--checkpoint", required=True, help="a training run folder or a checkpoint folder")
+    gen.add_argument("--out", required=True, help="wav file to write")
+    gen.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    gen.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), default="dpmpp_2m",
+                     help="default dpmpp_2m (DPM-Solver++ 2M)")
+    gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
+    gen.add_argument("--seed", type=int, default=0, help="same seed, same music")
+    gen.add_argument("--negative", default=None, help="a caption to steer away from")
+    gen.add_argument("--griffin-lim-iters", type=int, default=32, help="phase reconstruction iterations")
+    gen.add_argument("--png", default=None, help="also save the spectrogram as this PNG")
+    gen.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    gen.set_defaults(run=_generate)
+
+    info = sub.add_parser(
+        "info", help="what a checkpoint holds: step, network, mel settings, text encoder",
+        description="Describe a checkpoint: its training step, network size, mel settings and text encoder.",
+        epilog="example: musicdiff info checkpoints/book-cpu",
+    )
+    info.add_argument("checkpoint", help="a training run folder or a checkpoint folder")
+    info.add_argument("--json", action="store_true", help="print the stored config.json")
+    info.set_defaults(run=_info)
     return parser
 
 

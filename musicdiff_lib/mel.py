@@ -116,6 +116,13 @@ MEL_PRESETS: dict[str, MelConfig] = {
     "seed128": _SEED,
     "seed64": replace(_SEED, n_mels=64),
     "seed3s": replace(_SEED, frames=72),
+    # A Colab GPU trains the report's layout at full size.
+    "gpu": _SEED,
+    # A 2-core CPU (issue 5, measured): 16 kHz, 64 Slaney mels to 8 kHz, 32 ms hops, 128 frames = 4.1 s.
+    # The cpu U-Net takes 1×64×128 at about 24 training samples/s on one core.
+    "cpu": MelConfig(sample_rate=16000, n_fft=1024, hop_length=512, n_mels=64, f_max=8000.0, frames=128),
+    # Tests and the ci profile: seconds, not music.
+    "ci": MelConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, frames=32),
 }
 
 

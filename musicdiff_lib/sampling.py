@@ -126,7 +126,7 @@ class SampleNoise:
 # ---------------------------------------------------------------------------------------------------------------
 
 def guided_prediction(model: Model, x: torch.Tensor, t: torch.Tensor, text: TextCondition | None,
-                      guidance_scale: float = 1.0) -> torch.Tensor:
+                      guidance_scale: float = 1.0, negative: TextCondition | None = None) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε_u + w · (ε_c − ε_u).
 
     ε_c = model(x, t, text), ε_u = model(x, t, null condition), both from ONE
@@ -135,16 +135,26 @@ def guided_prediction(model: Model, x: torch.Tensor, t: torch.Tensor, text: Text
     ``text=None`` → the unconditional prediction whatever w. The combination
     is done in the model's output space (ε, v or x0): the conversions between
     them are affine with weights summing to one, so the result is the same.
+
+    ``negative``: a *negative prompt* (B captions) takes the place of the null
+    condition, ε̂ = ε_neg + w · (ε_c − ε_neg): guidance then pushes away from
+    what the negative caption describes rather than from "no caption" (the
+    negative prompts of Stable Diffusion). None: the null condition, as above.
     x: ``(B, C, H, W)``, t: ``(B,)``. Chapter: ``08_sampling``.
     """
     w = float(guidance_scale)
     if text is None:
+        if negative is not None:
+            raise ValueError("negative: a negative prompt needs a caption (text is None)")
         return model(x, t, None)
+    if negative is not None and len(negative) != len(text):
+        raise ValueError(f"negative: expected {len(text)} negative captions (one per caption), got {len(negative)}")
+    uncond = text.null_like() if negative is None else negative.to(device=text.tokens.device, dtype=text.tokens.dtype)
     if w == 1.0:
         return model(x, t, text)
     if w == 0.0:
-        return model(x, t, text.null_like())
-    both = model(torch.cat([x, x]), torch.cat([t, t]), TextCondition.cat([text, text.null_like()]))
+        return model(x, t, uncond)
+    both = model(torch.cat([x, x]), torch.cat([t, t]), TextCondition.cat([text, uncond]))
     eps_c, eps_u = both.chunk(2)
     return eps_u + w * (eps_c - eps_u)
 
@@ -247,7 +257,7 @@ def sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, text: Te
            sampler: str = "ddim", steps: int | Sequence[int] = 50, guidance_scale: float = 1.0, eta: float = 0.0,
            prediction_type: str = "epsilon", seeds: int | Sequence[int] = 0, device=None, progress: bool = True,
            clip_x0: float | None = None, ddpm_variance: str = "beta_tilde", dtype: torch.dtype = torch.float32,
-           spacing: str | None = None,
+           spacing: str | None = None, negative_text: TextCondition | None = None,
            callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Generate a batch ``shape = (B, C, H, W)`` from noise with any model ``model(x_t, t, text) → prediction``.
 
@@ -258,7 +268,8 @@ def sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, text: Te
       (even in λ, the default for DPM-Solver++ as Lu et al. recommend: at 20 steps more than 10×
       closer to the exact ODE solution than even-in-t on the book's Gaussian oracle).
     - ``text``: B captions, or 1 used for every sample, or None (unconditional);
-      ``guidance_scale``: the w of :func:`guided_prediction`.
+      ``guidance_scale``: the w of :func:`guided_prediction`; ``negative_text``: B negative
+      captions (or 1 for all) that replace the null condition in guidance (needs ``text``).
     - ``prediction_type``: what the model outputs, ``"epsilon"``, ``"v"`` or ``"x0"``.
     - ``seeds``: one per sample (an int s means s, s+1, …); sample i's initial noise and every
       later draw come from its own generator (:class:`SampleNoise`), so it does not depend on the batch.
@@ -300,11 +311,19 @@ def sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, text: Te
         if len(text) != B:
             raise ValueError(f"text: expected {B} captions (or 1 for all), got {len(text)}")
         text = text.to(device=device)
+    if negative_text is not None:
+        if text is None:
+            raise ValueError("negative_text: a negative prompt needs a caption (text is None)")
+        if len(negative_text) == 1 and B > 1:
+            negative_text = negative_text.repeat(B)
+        if len(negative_text) != B:
+            raise ValueError(f"negative_text: expected {B} negative captions (or 1 for all), got {len(negative_text)}")
+        negative_text = negative_text.to(device=device)
 
     def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂0, ε̂) at step t from the (guided) prediction."""
         t_batch = torch.full((B,), t, dtype=torch.long, device=device)
-        pred = guided_prediction(model, x, t_batch, text, guidance_scale).to(x.dtype)
+        pred = guided_prediction(model, x, t_batch, text, guidance_scale, negative_text).to(x.dtype)
         x0_hat = convert(pred, prediction_type, "x0", x, t_batch, schedule)
         if clip_x0 is not None:
             x0_hat = x0_hat.clamp(-clip_x0, clip_x0)

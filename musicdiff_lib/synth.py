@@ -1070,7 +1070,8 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, seconds: float = 10.0,
         else:
             results = map(job, todo)
         with open(out / "metadata.jsonl", "a", encoding="utf-8") as meta, \
-                tqdm(total=len(todo), desc=f"rendering {source} clips", unit="clip", disable=not progress) as bar:
+                tqdm(total=len(todo), desc=f"rendering {source} clips", unit="clip",
+                     **({} if progress else {"disable": True})) as bar:  # {}: TQDM_DISABLE still works
             for record in results:
                 if "error" in record:
                     failed.append(record)

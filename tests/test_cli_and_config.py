@@ -78,7 +78,44 @@ def test_data_synth_then_prepare_builds_a_cache_and_resumes(tmp_path):
     assert len(wrong.stderr.strip().splitlines()) == 1 and "Traceback" not in wrong.stderr
 
 
+def test_train_info_generate_from_the_command_line(tmp_path):
+    """A dataset folder → train (prepared on the fly) → resume → info → generate a wav and a PNG."""
+    import json
+
+    out, run = tmp_path / "synth", tmp_path / "run"
+    assert _musicdiff("data", "synth", "--n", "6", "--out", str(out), "--seconds", "1", "--workers", "1").returncode == 0
+    train = ["train", "--preset", "ci", "--data", str(out), "--out", str(run), "--seconds", "1"]
+    result = _musicdiff(*train, "--max-steps", "4")
+    assert result.returncode == 0, result.stderr
+    assert "kept 6, skipped 0" in result.stdout and "stopped at step 4 (max steps)" in result.stdout
+    again = _musicdiff(*train, "--max-steps", "6")
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr and "Traceback" not in again.stderr
+    resumed = _musicdiff(*train, "--max-steps", "6", "--resume")
+    assert resumed.returncode == 0 and "stopped at step 6" in resumed.stdout, resumed.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))  # one row per step (log_every 1), none repeated by the resume
+
+    info = _musicdiff("info", str(run))
+    assert info.returncode == 0 and "step" in info.stdout and "6" in info.stdout
+    assert "sentence-transformers/all-MiniLM-L6-v2 (384-d)" in info.stdout
+    stored = json.loads(_musicdiff("info", str(run), "--json").stdout)
+    assert stored["step"] == 6 and stored["preset"] == "ci" and stored["mel"]["n_mels"] == 16
+
+    wav, png = tmp_path / "song.wav", tmp_path / "song.png"
+    made = _musicdiff("generate", "a fast rock beat", "--checkpoint", str(run), "--out", str(wav), "--steps", "3",
+                      "--png", str(png), "--seed", "2")
+    assert made.returncode == 0, made.stderr
+    wave, rate = load_audio(wav)
+    assert rate == 8000 and len(wave) > 0 and png.stat().st_size > 1000
+
+
 @pytest.mark.parametrize("args, words", [
+    (["generate", "a tune", "--checkpoint", "no-such-run", "--out", "x.wav"], "no-such-run"),
+    (["generate", " ", "--checkpoint", "no-such-run", "--out", "x.wav"], "the prompt is empty"),
+    (["info", "no-such-run"], "no-such-run"),
+    (["train", "--preset", "huge", "--data", ".", "--out", "r"], "unknown preset 'huge'"),
+    (["train", "--preset", "ci", "--data", ".", "--out", "r"], "neither a cache"),
+    (["train", "--preset", "ci", "--data", ".", "--out", "r", "--max-minutes", "0"], "--max-minutes must be positive"),
     (["data"], "which one: synth or prepare?"),
     (["data", "synth", "--n", "0", "--out", "x"], "--n must be a positive number"),
     (["data", "synth", "--n", "2"], "the following arguments are required: --out"),

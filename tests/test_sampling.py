@@ -239,6 +239,58 @@ def test_guided_samples_move_the_mean_by_w_times_the_condition():
         assert abs(((x.double() - MU - w * 0.3) / STD).mean().item()) < 5 * SE_MEAN, w
 
 
+def test_a_negative_prompt_replaces_the_null_condition_in_guidance():
+    """ε̂ = ε_neg + w (ε_c − ε_neg). The oracle is affine in its caption's pooled[:, 0] (the mean shift), so
+    the guided prediction is exactly the oracle of the shift n + w (c − n), in one batched pass."""
+    schedule = NoiseSchedule.create("cosine", 1000)
+    oracle = GaussianOracle(schedule)
+    x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([10, 500, 900])
+    c, n = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-0.25, 0.75, 0.1])
+    text, negative = caption(c.tolist()), caption(n.tolist())
+    for w in (-1.0, 0.5, 3.0, 7.5):
+        oracle.calls.clear()
+        guided = guided_prediction(oracle, x, t, text, w, negative=negative)
+        assert oracle.calls == [6]  # one forward pass on [caption; negative caption]
+        closed_form = oracle(x, t, caption((n + w * (c - n)).tolist()))
+        assert torch.allclose(guided, closed_form, atol=1e-5), w
+        assert not torch.allclose(guided, guided_prediction(oracle, x, t, text, w), atol=1e-3)  # it matters
+    assert torch.equal(guided_prediction(oracle, x, t, text, 1.0, negative), oracle(x, t, text))  # w = 1: caption only
+    assert torch.equal(guided_prediction(oracle, x, t, text, 0.0, negative), oracle(x, t, negative))  # w = 0: negative
+
+
+def test_no_negative_prompt_is_bitwise_the_null_condition():
+    schedule = NoiseSchedule.create("cosine", 1000)
+    oracle = GaussianOracle(schedule)
+    x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([10, 500, 900])
+    text = caption([0.5, -1.0, 2.0])
+    eps_c, eps_u = oracle(torch.cat([x, x]), torch.cat([t, t]), TextCondition.cat([text, text.null_like()])).chunk(2)
+    assert torch.equal(guided_prediction(oracle, x, t, text, 3.0, negative=None), eps_u + 3.0 * (eps_c - eps_u))
+    kwargs = dict(text=caption([0.3, -0.2]), guidance_scale=2.5, steps=10, seeds=[4, 5], progress=False)
+    for sampler in ("ddpm", "dpmpp_2m"):
+        a = sample(oracle, (2, 1, 16, 16), schedule, sampler=sampler, **kwargs)
+        assert torch.equal(a, sample(oracle, (2, 1, 16, 16), schedule, sampler=sampler, negative_text=None, **kwargs))
+
+
+def test_negative_prompt_samples_move_the_mean_by_n_plus_w_times_c_minus_n():
+    """Sampling with a caption c and one negative caption n for all: the data mean moves by n + w (c − n)."""
+    schedule = NoiseSchedule.create("cosine", 1000)
+    c, n, w = 0.3, -0.2, 2.5
+    x = sample(GaussianOracle(schedule), SHAPE, schedule, text=caption(c), negative_text=caption(n),
+               guidance_scale=w, steps=50, seeds=0, progress=False)
+    assert abs(((x.double() - MU - (n + w * (c - n))) / STD).mean().item()) < 5 * SE_MEAN
+    oracle = GaussianOracle(schedule)
+    with pytest.raises(ValueError, match="negative_text: expected 3 negative captions"):
+        sample(oracle, (3, 1, 4, 4), schedule, text=caption(0.1), negative_text=caption([0.1, 0.2]))
+    with pytest.raises(ValueError, match="negative_text: a negative prompt needs a caption"):
+        sample(oracle, (1, 1, 4, 4), schedule, negative_text=caption(0.1))
+    with pytest.raises(ValueError, match="negative: expected 2 negative captions"):
+        guided_prediction(oracle, torch.zeros(2, 1, 4, 4), torch.tensor([1, 1]), caption([0.1, 0.2]), 2.0,
+                          caption([0.1, 0.2, 0.3]))
+    assert oracle.calls == []
+
+
 def test_guidance_works_in_any_prediction_space():
     schedule = NoiseSchedule.create("linear", 1000)
     outs = [sample(GaussianOracle(schedule, p), (2, 1, 8, 8), schedule, text=caption([0.4, -0.2]), guidance_scale=3.0,
