@@ -47,6 +47,8 @@ execute: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_audio.py
 	$(BIN)/python benchmarks/bench_unet.py --quick
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py
 
 ## lock: re-pin requirements-lock.txt from the current venv
 lock:

@@ -142,6 +142,17 @@ def _generate(args: argparse.Namespace) -> None:
           + (f"; spectrogram {png}" if png else ""))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .training import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from None
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out}: EMA weights in fp16, {size / 1e6:.1f} MB")
+
+
 def _info(args: argparse.Namespace) -> None:
     import json
 
@@ -278,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--png", default=None, help="also save the spectrogram as this PNG")
     gen.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     gen.set_defaults(run=_generate)
+
+    exp = sub.add_parser(
+        "export", help="a small release copy of a checkpoint: EMA weights in fp16, no optimiser state",
+        description="Copy a checkpoint's EMA weights in fp16 (and the run's metrics log) into OUT, "
+                    "for sharing or committing; it generates like the original but cannot resume.",
+        epilog="example: musicdiff export runs/cpu --out checkpoints/book-cpu",
+    )
+    exp.add_argument("checkpoint", help="a training run folder or a checkpoint folder")
+    exp.add_argument("--out", required=True, help="folder to write (a run folder with one checkpoint)")
+    exp.set_defaults(run=_export)
 
     info = sub.add_parser(
         "info", help="what a checkpoint holds: step, network, mel settings, text encoder",

@@ -370,3 +370,56 @@ class MusicDiffusionPipeline:
         return PipelineOutput(mels=mels.float().cpu().numpy(), waves=waves.float().cpu().numpy(),
                               sample_rate=m.sample_rate, prompts=prompts, seeds=seeds, mel_config=m,
                               negative_prompts=negatives)
+
+
+# -- the book's model ----------------------------------------------------------------------------------
+BOOK_CHECKPOINT = Path("checkpoints") / "book-cpu"
+
+
+def find_book_checkpoint(start: str | Path | None = None) -> Path | None:
+    """``checkpoints/book-cpu`` in ``start`` (default: the working directory) or any parent, else None.
+
+    Notebooks run from ``notebooks/``, tests and the CLI from the repository root; both find it.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / BOOK_CHECKPOINT
+        if (candidate / CONFIG_FILE).exists() or (candidate / "latest").exists():
+            return candidate
+    return None
+
+
+def book_pipeline(device=None, search_from: str | Path | None = None, fallback_dir: str | Path | None = None,
+                  fallback_preset: str = "cpu", fallback_steps: int = 300, fallback_clips: int = 200,
+                  progress: bool = True) -> MusicDiffusionPipeline:
+    """The book's trained model (``checkpoints/book-cpu``), or a small one trained now when it is absent.
+
+    The later chapters call this. Without the committed checkpoint (a Colab session opened from
+    GitHub, say) it renders ``fallback_clips`` built-in clips, prepares them and trains
+    ``fallback_preset`` for ``fallback_steps`` steps into ``fallback_dir`` (a temporary folder by
+    default): minutes on a CPU, and a model that has learnt far less than the book's.
+    Chapters: ``07_training`` onwards.
+    """
+    found = find_book_checkpoint(search_from)
+    if found is not None:
+        return MusicDiffusionPipeline.from_checkpoint(found, device=device)
+    import tempfile
+
+    from .data import open_source, prepare
+    from .synth import write_dataset
+    from .training import TRAIN_PRESETS, train
+
+    if fallback_preset not in TRAIN_PRESETS:
+        raise ValueError(f"fallback_preset={fallback_preset!r}: expected one of {', '.join(sorted(TRAIN_PRESETS))}")
+    root = Path(fallback_dir) if fallback_dir else Path(tempfile.mkdtemp(prefix="musicdiff-book-model-"))
+    mel = MelConfig.preset(fallback_preset)
+    seconds = max(1.0, math.ceil((mel.num_samples + mel.hop_length) / mel.sample_rate))
+    print(f"{BOOK_CHECKPOINT} not found: training a small {fallback_preset!r} model in {root} "
+          f"({fallback_clips} clips, {fallback_steps} steps)")
+    write_dataset(root / "data", fallback_clips, seconds=seconds, sample_rate=mel.sample_rate, progress=progress)
+    encoder = TextEncoder(device="cpu")
+    prepare(open_source(root / "data"), root / "cache", mel, encoder, seconds=seconds, progress=progress)
+    run = root / "run"
+    train(fallback_preset, root / "cache", run, resume=True, max_steps=fallback_steps, max_minutes=None,
+          progress=progress, warmup_steps=min(100, max(1, fallback_steps // 10)), checkpoint_every=0)
+    return MusicDiffusionPipeline.from_checkpoint(run, device=device, encoder=encoder)

@@ -120,3 +120,59 @@ def labelled_players(clips: dict[str, object], sample_rate: int, normalize: bool
         player = audio_player(wave, sample_rate, normalize=normalize, format=format)._repr_html_()
         rows.append(f"<div><b>{label}</b><br>{player}</div>")
     return HTML("".join(rows))
+
+
+class Playground:
+    """The chapter-12 controls: caption, steps, guidance, seed and sampler → a spectrogram and a player.
+
+    ``Playground(pipe).widget`` is an ipywidgets box (JupyterLab, Colab, VS Code);
+    :meth:`generate` is what its button runs, callable without a front end
+    (tests, the static book). ``last`` holds the latest
+    :class:`~musicdiff_lib.pipeline.PipelineOutput`.
+    """
+
+    SAMPLERS = ("dpmpp_2m", "ddim", "ddpm")
+
+    def __init__(self, pipe, caption: str = "A slow piano melody in a minor key, played softly, with no drums.",
+                 steps: int = 25, guidance: float = 3.0, seed: int = 0, sampler: str = "dpmpp_2m"):
+        import ipywidgets as w
+
+        self.pipe = pipe
+        self.last = None
+        self.caption = w.Textarea(value=caption, description="caption", layout=w.Layout(width="95%", height="4em"))
+        self.steps = w.IntSlider(value=steps, min=2, max=100, description="steps")
+        self.guidance = w.FloatSlider(value=guidance, min=0.0, max=9.0, step=0.5, description="guidance")
+        self.seed = w.IntText(value=seed, description="seed")
+        self.sampler = w.Dropdown(options=self.SAMPLERS, value=sampler, description="sampler")
+        self.button = w.Button(description="Generate", button_style="primary", icon="music")
+        self.status = w.Label()
+        self.output = w.Output()
+        self.button.on_click(lambda _: self.generate())
+        self.widget = w.VBox([self.caption, w.HBox([self.steps, self.guidance]),
+                              w.HBox([self.seed, self.sampler, self.button]), self.status, self.output])
+
+    def generate(self):
+        """Run the pipeline with the current settings and show the result in the output area."""
+        import time
+
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        text = self.caption.value.strip()
+        if not text:
+            self.status.value = "Type a caption first."
+            return None
+        self.status.value = "generating …"
+        start = time.perf_counter()
+        out = self.pipe(text, steps=self.steps.value, sampler=self.sampler.value,
+                        guidance_scale=self.guidance.value, seed=self.seed.value, progress=False)
+        self.last = out
+        self.status.value = f"{out.waves.shape[-1] / out.sample_rate:.1f} s of music in {time.perf_counter() - start:.1f} s"
+        self.output.clear_output(wait=True)
+        with self.output:
+            fig, ax = plt.subplots(figsize=(8, 2.6))
+            plot_mel(out.mels[0], out.mel_config, ax=ax, title=text[:90])
+            plt.tight_layout()
+            plt.show()
+            display(audio_player(out.waves[0], out.sample_rate))
+        return out

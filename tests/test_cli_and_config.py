@@ -108,6 +108,18 @@ def test_train_info_generate_from_the_command_line(tmp_path):
     wave, rate = load_audio(wav)
     assert rate == 8000 and len(wave) > 0 and png.stat().st_size > 1000
 
+    from safetensors import safe_open
+
+    exported = _musicdiff("export", str(run), "--out", str(tmp_path / "release"))
+    assert exported.returncode == 0 and "EMA weights in fp16" in exported.stdout, exported.stderr
+    release = tmp_path / "release" / "checkpoint-000006"
+    with safe_open(str(release / "model.safetensors"), "pt") as f:
+        assert all(k.startswith("ema.") for k in f.keys()) and f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    assert not (release / "trainer_state.pt").exists() and (tmp_path / "release" / "metrics.jsonl").exists()
+    again = _musicdiff("generate", "a fast rock beat", "--checkpoint", str(tmp_path / "release"),
+                       "--out", str(tmp_path / "again.wav"), "--steps", "3", "--seed", "2")
+    assert again.returncode == 0, again.stderr
+
 
 @pytest.mark.parametrize("args, words", [
     (["generate", "a tune", "--checkpoint", "no-such-run", "--out", "x.wav"], "no-such-run"),
@@ -132,7 +144,8 @@ def test_data_commands_reject_bad_input_in_one_line(tmp_path, args, words):
 
 def test_help_shows_an_example():
     for args in (["--help"], ["roundtrip", "--help"], ["data", "--help"], ["data", "synth", "--help"],
-                 ["data", "prepare", "--help"]):
+                 ["data", "prepare", "--help"], ["train", "--help"], ["generate", "--help"], ["export", "--help"],
+                 ["info", "--help"]):
         result = _musicdiff(*args)
         assert result.returncode == 0 and "example:" in result.stdout
 

@@ -300,3 +300,23 @@ def test_missing_or_garbled_checkpoints_give_errors_naming_the_file(run, tmp_pat
     write_checkpoint(ckpt, smaller, encoder.name, encoder.dim)
     (ckpt / "config.json").write_text(json.dumps(config))  # weights of another shape than config.json says
     _refused(ckpt, str(ckpt / "model.safetensors"), "do not fit the U-Net", "size mismatch", encoder=encoder)
+
+
+def test_the_book_model_is_found_from_a_subfolder_or_trained_when_absent(tmp_path, encoder):
+    """Chapters run in notebooks/ and find ../checkpoints/book-cpu; without it a small model is trained."""
+    from musicdiff_lib.pipeline import book_pipeline, find_book_checkpoint
+
+    assert find_book_checkpoint(tmp_path) is None
+    pipe = book_pipeline(device="cpu", search_from=tmp_path, fallback_dir=tmp_path / "fallback",
+                         fallback_preset="ci", fallback_steps=3, fallback_clips=4, progress=False)
+    assert pipe.config["step"] == 3 and pipe.config["preset"] == "ci"
+    out = pipe("a waltz", steps=2, progress=False)
+    assert np.isfinite(out.waves).all() and out.mels.shape[-2:] == (16, 32)
+
+    from musicdiff_lib.training import export_checkpoint
+
+    export_checkpoint(tmp_path / "fallback" / "run", tmp_path / "repo" / "checkpoints" / "book-cpu")
+    (tmp_path / "repo" / "notebooks").mkdir()
+    assert find_book_checkpoint(tmp_path / "repo" / "notebooks") == tmp_path / "repo" / "checkpoints" / "book-cpu"
+    found = book_pipeline(device="cpu", search_from=tmp_path / "repo" / "notebooks")
+    assert found.config["step"] == 3 and found.weights == "ema"

@@ -43,3 +43,22 @@ def test_labelled_players_and_bad_format(music_16k):
     assert html.count("<audio") == 2 and "<b>a</b>" in html and "<b>b &lt;i&gt;</b>" in html
     with pytest.raises(ValueError, match="'wav' or 'mp3'"):
         audio_player(music_16k, 16000, format="flac")
+
+
+def test_playground_generates_from_its_controls(tmp_path):
+    """The widget's button runs the pipeline with the slider values (no front end needed)."""
+    from musicdiff_lib.pipeline import book_pipeline
+    from musicdiff_lib.viz import Playground
+
+    pipe = book_pipeline(device="cpu", search_from=tmp_path, fallback_dir=tmp_path / "model", fallback_preset="ci",
+                         fallback_steps=2, fallback_clips=4, progress=False)
+    playground = Playground(pipe, caption="a waltz on a marimba", steps=3, seed=4)
+    playground.button.click()
+    first = playground.last
+    assert first is not None and first.prompts == ["a waltz on a marimba"] and first.seeds == [4]
+    assert "s of music in" in playground.status.value
+    playground.seed.value = 5
+    playground.button.click()
+    assert playground.last.seeds == [5] and not np.array_equal(playground.last.mels, first.mels)
+    playground.caption.value = "  "
+    assert playground.generate() is None and "Type a caption" in playground.status.value
