@@ -8,9 +8,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the file helpers serve torch-free workers too
+    import torch
 
 PROFILES = ("ci", "book", "gpu")
 
@@ -60,6 +61,37 @@ class JsonConfig:
         return cls.from_dict(data)
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory entry (a rename into it) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, never half of either.
+
+    The text goes to ``path.tmp``, is flushed to disk, and replaces ``path``
+    with one rename. Every index, metadata and ``latest`` file of the library
+    is written this way.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def profile() -> str:
     """The run profile from ``MUSICDIFF_PROFILE``: ``ci``, ``book`` or ``gpu``.
 
@@ -67,6 +99,8 @@ def profile() -> str:
     """
     value = os.environ.get("MUSICDIFF_PROFILE", "").strip().lower()
     if not value:
+        import torch
+
         return "gpu" if torch.cuda.is_available() else "book"
     if value not in PROFILES:
         raise ValueError(f"MUSICDIFF_PROFILE={value!r}: expected one of {', '.join(PROFILES)}")
@@ -78,6 +112,8 @@ def default_device() -> torch.device:
 
     Library code takes a device argument and never calls ``.cuda()`` itself.
     """
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

@@ -34,6 +34,7 @@ import soundfile as sf
 import torch
 
 from .audio import SUPPORTED_SUFFIXES, AudioError, load_audio, pad_or_crop
+from .config import write_text_atomic
 from .mel import MelCodec, MelConfig
 from .text import TextCondition
 
@@ -420,17 +421,11 @@ def check_cache(index: dict[str, Any], where: str | Path, mel_config: MelConfig 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, default=str) + "\n")
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
 def _load_clip(item: Item, sample_rate: int, num_samples: int, min_samples: int):

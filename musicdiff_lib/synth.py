@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 import pretty_midi
 
+from .config import write_text_atomic
+
 DRUM_CHANNEL = 9
 _CHORDS_MAJOR = [(0, 4, 7), (9, 12, 16), (5, 9, 12), (7, 11, 14)]  # I vi IV V
 _SCALE_MAJOR = [0, 2, 4, 5, 7, 9, 11]
@@ -973,12 +975,6 @@ def _render_one(index: int, out: str, seed: int, seconds: float, sample_rate: in
             "index": index, "source": clip.source}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _read_metadata(out: Path) -> tuple[dict[int, dict], int]:
     """Records of ``out/metadata.jsonl`` whose wav exists, by index; and how many lines were unreadable."""
     path = out / "metadata.jsonl"
@@ -1049,7 +1045,7 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, seconds: float = 10.0,
     for stale in (out / "clips").glob("*.tmp"):  # half-written files of a killed run
         stale.unlink()
     records, bad_lines = _read_metadata(out)
-    _write_atomic(out / "metadata.jsonl", _metadata_text(records))  # drop broken lines before appending
+    write_text_atomic(out / "metadata.jsonl", _metadata_text(records))  # drop broken lines before appending
     todo = [i for i in range(n) if i not in records]
     skipped = n - len(todo)
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
@@ -1088,9 +1084,9 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, seconds: float = 10.0,
             pool.terminate()  # after close(): waits for nothing; after an error: stops the workers
             pool.join()
     elapsed = time.perf_counter() - start
-    _write_atomic(out / "metadata.jsonl", _metadata_text(records))
+    write_text_atomic(out / "metadata.jsonl", _metadata_text(records))
     info["n"] = max(int(info.get("n", 0)), int(n))
-    _write_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
     written = len(todo) - len(failed)
     return {"out": str(out), "written": written, "skipped_existing": skipped, "failed": failed,
             "total": len(records), "unreadable_metadata_lines": bad_lines, "elapsed_seconds": elapsed,

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import JsonConfig
+from .config import JsonConfig, fsync_dir, write_text_atomic
 from .diffusion import check_prediction_type, diffusion_loss
 from .mel import MelConfig
 from .schedules import SCHEDULES, NoiseSchedule
@@ -288,32 +288,9 @@ def checkpoint_config(unet: UNetConfig, mel: MelConfig, text_encoder: str, text_
             "prediction_type": check_prediction_type(prediction_type), "preset": preset, **extra}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _state_tensors(module_or_state: nn.Module | dict[str, torch.Tensor], prefix: str,
@@ -374,7 +351,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module | dict[str,
         torch.save(trainer_state, tmp / "trainer_state.pt")
     for child in tmp.iterdir():
         _fsync_file(child)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # the same step saved again (e.g. a resumed run): swap, then drop the old copy
         old = run_dir / f"{TMP_PREFIX}{int(step)}-old"
         if old.exists():
@@ -384,8 +361,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module | dict[str,
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
-    _fsync_dir(run_dir)
-    _write_text_atomic(run_dir / "latest", name + "\n")
+    fsync_dir(run_dir)
+    write_text_atomic(run_dir / "latest", name + "\n")
     if keep_last:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             if old != final:
@@ -833,7 +810,7 @@ class Trainer:
                 continue
             if isinstance(row, dict) and row.get("step", 0) <= self.step:
                 kept.append(line)
-        _write_text_atomic(path, "".join(k + "\n" for k in kept))
+        write_text_atomic(path, "".join(k + "\n" for k in kept))
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.is_main:
