@@ -5,6 +5,7 @@ Examples::
     musicdiff roundtrip song.wav --out song-gl.wav --preset seed128 --n-iter 64
     musicdiff data synth --n 2000 --out data/synth
     musicdiff data prepare data/synth --out data/synth-cache --seconds 10
+    musicdiff evaluate --checkpoint checkpoints/book-cpu --n 128 --out eval/book
     musicdiff --version
 
 Bad arguments, missing files and unreadable audio end with a one-line error
@@ -140,6 +141,32 @@ def _generate(args: argparse.Namespace) -> None:
     print(f"wrote {wav}: {out.waves.shape[-1] / out.sample_rate:.2f} s at {out.sample_rate} Hz "
           f"({args.sampler}, {args.steps} steps, guidance {args.guidance:g}, seed {args.seed})"
           + (f"; spectrogram {png}" if png else ""))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .report import evaluate
+
+    if args.n < 8 or args.n % 2:
+        raise CliError(f"--n must be an even number of at least 8, got {args.n}")
+    if args.steps <= 0:
+        raise CliError(f"--steps must be a positive number, got {args.steps}")
+    baselines = {}
+    for spec in args.baseline:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise CliError(f"--baseline {spec!r}: expected NAME=CHECKPOINT, e.g. unconditional=runs/uncond")
+        baselines[name] = path
+    try:
+        report = evaluate(args.checkpoint, args.out, n=args.n, seed=args.seed, steps=args.steps,
+                          sampler=args.sampler, guidance_scale=args.guidance, classifier=args.classifier,
+                          train_data=args.train_data, baselines=baselines, diversity=min(args.diversity, args.n),
+                          heldout_dir=args.heldout_dir)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from None
+    used = report["classifier"]["used_attributes"]
+    mean = report["adherence"]["generated"]["mean over used attributes"]
+    print(f"wrote {args.out}/report.md, report.json and plots: adherence {100 * mean:.0f}% over "
+          f"{', '.join(used) or 'no attribute'}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -289,6 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--png", default=None, help="also save the spectrogram as this PNG")
     gen.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     gen.set_defaults(run=_generate)
+
+    ev = sub.add_parser(
+        "evaluate", help="score a checkpoint: caption adherence, distribution distance, SSIM/MSE, memorisation",
+        description="Generate from held-out captions of the built-in dataset and score the samples; writes "
+                    "report.json (deterministic for a seed), report.md and plots into OUT. Resumable.",
+        epilog="example: musicdiff evaluate --checkpoint checkpoints/book-cpu --n 128 --out eval/book "
+               "--train-data data/synth-cache --baseline unconditional=runs/uncond",
+    )
+    ev.add_argument("--checkpoint", required=True, help="a training run folder or a checkpoint folder")
+    ev.add_argument("--out", required=True, help="folder for the report")
+    ev.add_argument("--n", type=int, default=128, help="held-out captions, one sample each (default 128)")
+    ev.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (default 0)")
+    ev.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    ev.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp_2m"), default="dpmpp_2m")
+    ev.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
+    ev.add_argument("--classifier", default=None, help="attribute classifier folder (default checkpoints/classifier-cpu)")
+    ev.add_argument("--train-data", default=None, help="the training cache, for the memorisation check")
+    ev.add_argument("--baseline", action="append", default=[], metavar="NAME=CHECKPOINT",
+                    help="a model scored on the same captions, e.g. unconditional=runs/uncond (repeatable)")
+    ev.add_argument("--diversity", type=int, default=64, help="captions sampled twice, for diversity (default 64)")
+    ev.add_argument("--heldout-dir", default=None, help="where the held-out clips are rendered (default OUT/heldout)")
+    ev.set_defaults(run=_evaluate)
 
     exp = sub.add_parser(
         "export", help="a small release copy of a checkpoint: EMA weights in fp16, no optimiser state",
