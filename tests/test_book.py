@@ -54,7 +54,7 @@ def test_toc_lists_every_chapter_in_reading_order():
     for required in ("notebooks/01_audio_and_mel", "notebooks/02_dataset", "notebooks/03_sinusoidal_embeddings",
                      "notebooks/04_noise_schedules", "notebooks/05_text_conditioning", "notebooks/06_unet",
                      "notebooks/07_training", "notebooks/08_sampling", "notebooks/09_griffin_lim",
-                     "notebooks/10_evaluation", "notebooks/12_playground"):
+                     "notebooks/10_evaluation", "notebooks/11_experiments", "notebooks/12_playground"):
         assert required in CHAPTERS
 
 
