@@ -102,7 +102,8 @@ def generate_cached(pipe, prompts: Sequence[str], seeds: Sequence[int], cache: s
                 "seconds": seconds}
     mels, waves = [], []
     chunks = range(0, len(prompts), batch_size)
-    for start in tqdm(chunks, desc=desc, disable=not progress, unit="batch"):
+    quiet = {} if progress else {"disable": True}  # passing disable=False would override TQDM_DISABLE
+    for start in tqdm(chunks, desc=desc, unit="batch", **quiet):
         part_prompts = list(prompts[start:start + batch_size])
         part_seeds = [int(s) for s in seeds[start:start + batch_size]]
         path = cache / f"{desc}-{_digest({**settings, 'prompts': part_prompts, 'seeds': part_seeds})}.npz"
@@ -222,7 +223,8 @@ def nearest_training(mels: torch.Tensor, train_cache: str | Path, stride: int = 
     best_start = torch.zeros(len(queries), dtype=torch.long)
     q_sq = (queries ** 2).sum(1)
     offset = 0
-    for shard in tqdm(index["shards"], desc="nearest training clip", disable=not progress, unit="shard"):
+    for shard in tqdm(index["shards"], desc="nearest training clip", unit="shard",
+                      **({} if progress else {"disable": True})):  # keep TQDM_DISABLE working
         with safe_open(str(train_cache / shard["file"]), framework="pt") as f:
             stored = f.get_tensor("mel").float()  # (S, n_mels, frames)
         for first in range(0, stored.shape[0], chunk):
