@@ -245,22 +245,29 @@ def embed_all(model: AttributeClassifier, mels, batch_size: int = 64) -> np.ndar
     return torch.cat(outs).numpy() if outs else np.zeros((0, model.config.embed_dim))
 
 
-def accuracy(model: AttributeClassifier, mels, attributes: Sequence[Mapping[str, Any]],
-             batch_size: int = 64) -> dict[str, float]:
-    """Share of clips whose predicted class matches ``attributes`` (a dict per clip), per attribute.
-
-    Clips lacking an attribute (or with a value outside its classes, like a
-    corpus clip's "6/8") do not count for it; NaN where no clip has it.
+def prediction_accuracy(predicted: Mapping[str, np.ndarray], attributes: Sequence[Mapping[str, Any]],
+                        names: Mapping[str, Sequence[str]] | Sequence[str] | None = None) -> dict[str, float]:
+    """Share of clips whose predicted class index (``{name: (N,)}``, as :func:`predict` returns) matches
+    ``attributes`` (a dict per clip), per attribute; ``names`` as in :func:`labels` (default: the keys of
+    ``predicted``). Clips lacking an attribute (or with a value outside its classes, like a corpus
+    clip's "6/8") do not count for it; NaN where no clip has it.
     """
-    if len(attributes) != len(mels):
-        raise ValueError(f"accuracy: {len(mels)} mels but {len(attributes)} attribute dicts")
-    truth = labels(attributes, model.config.attributes, strict=False)
-    guess = predict(model, mels, batch_size)
+    truth = labels(attributes, list(predicted) if names is None else names, strict=False)
     out = {}
     for name, y in truth.items():
+        if len(predicted[name]) != len(y):
+            raise ValueError(f"accuracy: {len(predicted[name])} predictions of {name!r} but {len(y)} attribute dicts")
         keep = y != IGNORE
-        out[name] = float((guess[name][keep] == y[keep]).mean()) if keep.any() else float("nan")
+        out[name] = float((np.asarray(predicted[name])[keep] == y[keep]).mean()) if keep.any() else float("nan")
     return out
+
+
+def accuracy(model: AttributeClassifier, mels, attributes: Sequence[Mapping[str, Any]],
+             batch_size: int = 64) -> dict[str, float]:
+    """:func:`prediction_accuracy` of the model's predictions for mels ``(N, 1, n_mels, T)``."""
+    if len(attributes) != len(mels):
+        raise ValueError(f"accuracy: {len(mels)} mels but {len(attributes)} attribute dicts")
+    return prediction_accuracy(predict(model, mels, batch_size), attributes, model.config.attributes)
 
 
 # ---------------------------------------------------------------------------

@@ -92,6 +92,21 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def find_in_parents(relative: str | Path, start: str | Path | None = None,
+                    markers: tuple[str, ...] = ("",)) -> Path | None:
+    """``start/relative`` (default start: the working directory) or the same under the nearest parent
+    that has it, else None. It counts as present when any of ``markers`` exists inside it (``""``:
+    the path itself). Notebooks run from ``notebooks/``, tests and the CLI from the repository root;
+    this finds the repository's files from both.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / relative
+        if any((candidate / marker).exists() for marker in markers):
+            return candidate
+    return None
+
+
 def profile() -> str:
     """The run profile from ``MUSICDIFF_PROFILE``: ``ci``, ``book`` or ``gpu``.
 

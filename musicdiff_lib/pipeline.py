@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .config import find_in_parents
 from .mel import MelCodec, MelConfig
 from .sampling import SAMPLERS, sample, sample_seeds
 from .schedules import NoiseSchedule
@@ -381,12 +382,7 @@ def find_book_checkpoint(start: str | Path | None = None) -> Path | None:
 
     Notebooks run from ``notebooks/``, tests and the CLI from the repository root; both find it.
     """
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / BOOK_CHECKPOINT
-        if (candidate / CONFIG_FILE).exists() or (candidate / "latest").exists():
-            return candidate
-    return None
+    return find_in_parents(BOOK_CHECKPOINT, start, markers=(CONFIG_FILE, "latest"))
 
 
 def book_pipeline(device=None, search_from: str | Path | None = None, fallback_dir: str | Path | None = None,

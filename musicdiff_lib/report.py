@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .config import write_text_atomic
+from .config import find_in_parents, write_text_atomic
 from .mel import MelCodec, MelConfig
 
 USE_THRESHOLD = 0.90  # an attribute judges samples only if the classifier gets real renders this right
@@ -54,11 +54,7 @@ GL_ITERATIONS = (1, 2, 4, 8, 16, 32, 64, 128)
 # -- inputs ------------------------------------------------------------------------------------------
 def find_classifier(start: str | Path | None = None) -> Path | None:
     """``checkpoints/classifier-cpu`` in ``start`` (default: the working directory) or a parent, else None."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / CLASSIFIER_DIR / "config.json").exists():
-            return folder / CLASSIFIER_DIR
-    return None
+    return find_in_parents(CLASSIFIER_DIR, start, markers=("config.json",))
 
 
 def heldout_set(folder: str | Path, n: int, seconds: float, sample_rate: int, seed: int = HELDOUT_SEED,
@@ -122,7 +118,7 @@ def generate_cached(pipe, prompts: Sequence[str], seeds: Sequence[int], cache: s
     return {"mels": np.concatenate(mels).astype(np.float32), "waves": np.concatenate(waves).astype(np.float32)}
 
 
-def to_eval_mels(waves: np.ndarray, sample_rate: int, codec: MelCodec, frames: int | None = None) -> torch.Tensor:
+def to_eval_mels(waves: np.ndarray, sample_rate: int, codec: MelCodec) -> torch.Tensor:
     """Waves ``(N, samples)`` at ``sample_rate`` → ``(N, 1, n_mels, frames)`` with ``codec``'s settings."""
     from .audio import resample
 
@@ -132,7 +128,7 @@ def to_eval_mels(waves: np.ndarray, sample_rate: int, codec: MelCodec, frames: i
     with torch.no_grad():
         mels = torch.cat([codec.encode(torch.as_tensor(waves[i:i + 64], dtype=torch.float32))
                           for i in range(0, len(waves), 64)])
-    return mels if frames is None else mels[..., :frames]
+    return mels
 
 
 def vocoder_roundtrip(waves: np.ndarray, codec: MelCodec, griffin_lim_iters: int = 32, seed: int = 0) -> np.ndarray:
@@ -254,17 +250,6 @@ def nearest_training(mels: torch.Tensor, train_cache: str | Path, stride: int = 
 
 
 # -- adherence -------------------------------------------------------------------------------------------
-def attribute_accuracy(predicted: dict[str, np.ndarray], attributes: Sequence[dict]) -> dict[str, float]:
-    """Fraction of clips whose predicted class index equals the one the caption states, per attribute."""
-    from .synth import ATTRIBUTES
-
-    out = {}
-    for name, values in predicted.items():
-        truth = np.array([ATTRIBUTES[name].index(a[name]) for a in attributes])
-        out[name] = float((np.asarray(values) == truth).mean())
-    return out
-
-
 def detector_accuracy(waves: np.ndarray, sample_rate: int, attributes: Sequence[dict]) -> dict[str, float]:
     """The analytic second opinion: tempo class from librosa's tempo estimate (``librosa.feature.tempo``,
     the successor of ``librosa.beat.tempo``) and drums present from percussive energy (HPSS)."""
@@ -326,7 +311,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, n: int = 128, seed: int = 
     trained on; the U-Net is convolutional, so models trained on different
     lengths can be compared at one). Returns the report as a dict. Chapter: ``10_evaluation``.
     """
-    from .classifier import embed_all, load_classifier, predict
+    from .classifier import accuracy, embed_all, load_classifier
     from .evaluation import griffin_lim_curve, handcrafted_features
     from .pipeline import MusicDiffusionPipeline
 
@@ -351,7 +336,8 @@ def evaluate(checkpoint: str | Path, out: str | Path, n: int = 128, seed: int = 
         raise ValueError(f"seconds={seconds!r}: expected a positive length")
 
     # 1. held-out clips at the model's sample rate and length
-    held = heldout_set(heldout_dir or out / "heldout", n, seconds, model_mel.sample_rate, seed=heldout_seed,
+    heldout_dir = Path(heldout_dir or out / "heldout")
+    held = heldout_set(heldout_dir, n, seconds, model_mel.sample_rate, seed=heldout_seed,
                        progress=progress)
     captions, attributes, real_waves = held["captions"], held["attributes"], held["waves"]
     sr = model_mel.sample_rate
@@ -371,8 +357,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, n: int = 128, seed: int = 
                                        **{**kwargs, "guidance_scale": 0.0})
 
     # 3. one ear for everything
-    real_side = real_side_scores(real_waves, sr, attributes, pipe.codec, griffin_lim_iters, seed,
-                                 Path(heldout_dir or out / "heldout"))
+    real_side = real_side_scores(real_waves, sr, attributes, pipe.codec, griffin_lim_iters, seed, heldout_dir)
     real_via = real_side["real via vocoder"]["wave"]
     sets = {"generated": gen["waves"], "real": real_waves, "real via vocoder": real_via,
             **{name: g["waves"] for name, g in floors.items()}}
@@ -404,8 +389,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, n: int = 128, seed: int = 
     # 5. adherence
     judge_metrics = json.loads((classifier_dir / "metrics.json").read_text())
     heldout_accuracy = judge_metrics.get("accuracy", {})  # on held-out real renders (another dataset seed)
-    predictions = {name: predict(judge, m) for name, m in eval_mels.items()}
-    adherence = {name: attribute_accuracy(p, attributes) for name, p in predictions.items()}
+    adherence = {name: accuracy(judge, m, attributes) for name, m in eval_mels.items()}
     detectors = {name: real_side[name]["detectors"] if name in real_side else detector_accuracy(w, sr, attributes)
                  for name, w in sets.items()}
     for name in adherence:
@@ -422,7 +406,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, n: int = 128, seed: int = 
                 for name, w in sets.items()}
     distance = {"classifier embedding": {}, "hand-crafted features": {}}
     for name in sets:
-        if name in ("real",):
+        if name == "real":  # the reference every other set is compared with
             continue
         distance["classifier embedding"][name] = distances(
             embeddings[name][:half], embeddings["real"][:half], embeddings["real"][half:], seed=seed)

@@ -13,8 +13,8 @@ import torch
 
 from musicdiff_lib.data import MelDataset, open_source, prepare
 from musicdiff_lib.mel import MelConfig
-from musicdiff_lib.report import (attribute_accuracy, evaluate, find_classifier, headline, nearest_training,
-                                  summarize)
+from musicdiff_lib.classifier import prediction_accuracy
+from musicdiff_lib.report import evaluate, find_classifier, headline, nearest_training, summarize
 from musicdiff_lib.synth import ATTRIBUTES, write_dataset
 from musicdiff_lib.training import train
 
@@ -97,10 +97,10 @@ def test_nearest_training_finds_a_planted_copy(trained):
     np.testing.assert_allclose(found["ssim"], 1.0, atol=1e-6)
 
 
-def test_attribute_accuracy_counts_by_hand():
+def test_prediction_accuracy_counts_by_hand():
     attributes = [{"drums": "none"}, {"drums": "rock"}, {"drums": "dance"}, {"drums": "rock"}]
     predicted = {"drums": np.array([0, 1, 1, 0])}  # right, right, wrong, wrong
-    assert attribute_accuracy(predicted, attributes) == {"drums": 0.5}
+    assert prediction_accuracy(predicted, attributes) == {"drums": 0.5}
     s = summarize([1.0, 2.0, 3.0, 4.0])
     assert s["median"] == 2.5 and s["n"] == 4 and abs(s["std"] - np.std([1, 2, 3, 4], ddof=1)) < 1e-12
 
