@@ -75,6 +75,12 @@ def test_evaluate_writes_a_deterministic_resumable_report(trained):
         assert report["distance"][space]["generated"]["fd"] >= 0
         assert report["distance"][space]["generated"]["fd_real_vs_real"] >= 0
     assert first["settings"]["n"] == 8
+    # Only attributes the classifier gets right on >= 90% of real held-out renders judge the samples.
+    held = json.loads((CLASSIFIER / "metrics.json").read_text())["accuracy"]
+    used = [a for a, v in held.items() if v >= 0.90]
+    assert report["classifier"]["used_attributes"] == used and 0 < len(used) < len(held)
+    for name, accs in report["adherence"].items():  # report.json rounds to 6 decimals
+        assert accs["mean over used attributes"] == pytest.approx(np.mean([accs[a] for a in used]), abs=2e-6)
     top = headline(report)
     assert top["adherence"] == report["adherence"]["generated"]["mean over used attributes"]
     assert headline(report, "real")["fd_embed"] is None  # the reference set is not compared with itself
